@@ -65,6 +65,7 @@ class TaskConfig(_Section):
     temperature: float = Field(0.5, gt=0, description="relaxed-Bernoulli temperature in training")
     gate_mode: Literal["relaxed", "straight_through"] = "relaxed"
     gate_lr: float = Field(3e-2, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="free-form settings of an own task")
 
 
 class TrainConfig(_Section):
