@@ -102,6 +102,9 @@ def trial_figure(rows: list[dict], path, *, target: float | None, reset_at: int 
         target = _target_of(rows)
     fig, axes = _panels(title)
     _draw(axes, rows, target=target, reset_at=reset_at)
+    if not rows:
+        axes[1].text(0.5, 0.5, "no evaluations recorded", transform=axes[1].transAxes, ha="center",
+                     va="center", color="0.4", gid="empty")
     if axes[2].get_legend_handles_labels()[0]:
         axes[2].legend(loc="upper right", fontsize=8)
     return _save(fig, path)
