@@ -1,4 +1,4 @@
-"""A validated ``SweepSpec`` -> the Ray Tune objects: param_space, search algorithm, scheduler, storage.
+"""A validated ``SweepSpec`` -> the Ray Tune objects: param_space, search algorithm, scheduler.
 
 Ray is imported inside the functions, so ``tightrope validate`` (which imports ``orchestrator.spec`` only)
 never loads it.
@@ -9,7 +9,6 @@ Every trial reports ``objective`` (lower is better, see ``orchestrator.sweep``) 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from orchestrator.spec import AshaScheduler, Dim, PbtScheduler, SweepSpec
@@ -61,14 +60,14 @@ def search_alg(spec: SweepSpec) -> Any:
 def scheduler(spec: SweepSpec) -> Any:
     """ASHA or PBT on ``objective`` (min) with time in evaluations; None for ``kind: none``.
 
-    ASHA's max_t is the most evaluations any trial makes (+1 for an evaluation at step 0), so no trial is cut
-    by Ray's default max_t=100. PBT perturbs ranges by x0.8 / x1.2 and clamps them back into their range.
+    ASHA's max_t is the most reports any trial makes (its evaluations, + 2 for an evaluation at step 0 and the
+    closing summary report): no trial is cut early by it, nor by Ray's default max_t=100. PBT perturbs ranges by x0.8 / x1.2 and clamps them back into their range.
     """
     sch = spec.scheduler
     if isinstance(sch, AshaScheduler):
         from ray.tune.schedulers import ASHAScheduler
 
-        return ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.eval_range()[1] + 1,
+        return ASHAScheduler(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=spec.eval_range()[1] + 2,
                              grace_period=sch.grace_evals, reduction_factor=sch.reduction_factor)
     if isinstance(sch, PbtScheduler):
         from ray.tune.schedulers import PopulationBasedTraining
@@ -103,20 +102,3 @@ class ClampToRanges:
             if k in config and config[k] is not None:
                 config[k] = type(config[k])(min(max(config[k], lo), hi))
         return config
-
-
-def storage_args(spec: SweepSpec) -> dict[str, Any]:
-    """``RunConfig(**storage_args(spec), name=spec.name)``: storage_path, and a pyarrow S3 filesystem for a
-    custom endpoint (``storage_path`` is then ``bucket/prefix`` without the scheme; credentials come from the
-    usual AWS_* environment variables, never from the spec)."""
-    s = spec.storage
-    if s.endpoint is None:
-        path = s.path if s.scheme else os.path.abspath(os.path.expanduser(s.path))
-        return {"storage_path": path, "storage_filesystem": None}
-    from urllib.parse import urlparse
-
-    import pyarrow.fs
-
-    url = urlparse(s.endpoint)
-    fs = pyarrow.fs.S3FileSystem(endpoint_override=url.netloc, scheme=url.scheme, allow_bucket_creation=True)
-    return {"storage_path": s.path.split("://", 1)[1].rstrip("/"), "storage_filesystem": fs}

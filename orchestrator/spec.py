@@ -43,7 +43,7 @@ from trainables.config import ConfigError, TrialConfig, resolve, set_dotted
 FORMS = ("grid", "choice", "uniform", "loguniform", "randint")
 MAX_COMBOS = 4096
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "file")
+URI_SCHEMES = ("s3", "gs", "gcs")  # what orchestrator.storage reaches through pyarrow
 BASE_PREFIXES = ("model.", "pretrain.", "data.")  # settings baked into the base model / its checkpoint
 
 

