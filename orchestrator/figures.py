@@ -56,10 +56,14 @@ def _target_of(rows: list[dict]) -> float | None:
     return None
 
 
-def _panels(title: str = "") -> tuple[Figure, list]:
-    fig = Figure(figsize=(8, 8.5), layout="constrained")
+def _panels(title: str = "", legend_width: float = 0.0) -> tuple[Figure, list]:
+    """Three stacked panels; ``legend_width`` inches of room on the right for an outside legend."""
+    width = 8 + legend_width
+    fig = Figure(figsize=(width, 8.5))  # fixed margins: constrained layout doubles the time of a figure
     FigureCanvasAgg(fig)
-    axes = fig.subplots(3, 1, sharex=True)
+    axes = fig.subplots(3, 1, sharex=True, gridspec_kw=dict(left=0.88 / width, right=1 - (0.24 + legend_width) / width,
+                                                           bottom=0.06,
+                                                           top=0.90 if "\n" in title else 0.93, hspace=0.22))
     for ax, (_, name, ylabel, scale) in zip(axes, PANELS, strict=True):
         ax.set_title(name, loc="left", fontsize=10)
         ax.set_ylabel(ylabel)
@@ -67,7 +71,7 @@ def _panels(title: str = "") -> tuple[Figure, list]:
         ax.grid(True, which="major", alpha=0.3)
     axes[-1].set_xlabel("training step")
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(title, fontsize=10)
     return fig, list(axes)
 
 
@@ -113,14 +117,18 @@ def trial_figure(rows: list[dict], path, *, target: float | None, reset_at: int 
 def overlay_figure(evals: dict[str, list[dict]], path, *, reset_at: dict[str, int | None] | None = None,
                    labels: dict[str, str] | None = None, title: str = "") -> Figure:
     """All trials on the same three panels: one colour per trial; its target dashed and reset dotted in it."""
-    fig, axes = _panels(title)
+    outside = len(evals) > 5  # many trials: the legend goes right of the panels, off the curves
+    fig, axes = _panels(title, legend_width=3.2 if outside else 0.0)
     reset_at, labels = reset_at or {}, labels or {}
     palette = _palette(len(evals))
     for i, (tid, rows) in enumerate(evals.items()):
         _draw(axes, rows, target=_target_of(rows), reset_at=reset_at.get(tid), color=palette[i],
               label=labels.get(tid, str(tid)), lw=1.2)
-    if evals:
-        axes[0].legend(loc="best", fontsize=7, ncol=1 if len(evals) <= 8 else 2)
+    if outside:
+        axes[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, borderaxespad=0,
+                       ncol=1 if len(evals) <= 24 else 2)
+    elif evals:
+        axes[0].legend(loc="best", fontsize=7)
     return _save(fig, path)
 
 
@@ -140,9 +148,9 @@ def frontier_figure(trials: list[dict], path, *, labels: dict[str, str] | None =
     Failed trials without a finite density are listed in the legend only.
     """
     labels = labels or {}
-    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    fig = Figure(figsize=(7.5, 5.5))
     FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    ax = fig.subplots(gridspec_kw=dict(left=0.12, right=0.97, bottom=0.1, top=0.93))
     targets = {round(t, 9) for t in (_num(r.get("target")) for r in trials) if math.isfinite(t)}
     relative = len(targets) > 1
     styles = {  # kind -> (marker, face colour, edge colour, legend label)

@@ -5,7 +5,8 @@ writes ``DIR/figures/trial-<id>.png`` per trial, ``DIR/figures/overlay.png``, ``
 ``DIR/summary.md``. The sweep calls ``build`` at its end; the command calls it on a finished folder.
 
 The "varied" config keys shown per trial are the ``config/`` columns whose values differ across the trials.
-The sweep name comes from ``build(name=...)``, else a ``sweep`` column, else ``name:`` in ``DIR/spec.yaml``.
+The sweep name comes from ``build(name=...)``, else a ``sweep`` column, else ``name`` in ``DIR/sweep.json``
+or ``DIR/spec.yaml``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ def _sweep_name(d: Path, trials: list[dict], name: str | None) -> str | None:
     for r in trials:
         if r.get("sweep"):
             return str(r["sweep"])
+    if (d / "sweep.json").is_file():  # written by `tightrope sweep`
+        try:
+            meta = json.loads((d / "sweep.json").read_text())
+        except (OSError, ValueError):
+            meta = None
+        if isinstance(meta, dict) and meta.get("name"):
+            return str(meta["name"])
     for fname in SPEC_FILES:
         if (d / fname).is_file():
             import yaml
@@ -154,7 +162,7 @@ def _summary_md(title: str, ranked: list[dict], varied: list[str], short: dict[s
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in _table_rows(ranked, varied, ids)]
     errors = [r for r in ranked if r.get("status") == "failed" or r.get("error")]
     if errors:
-        lines += ["", "## Failures", ""]
+        lines += ["", "## Failed or stopped trials", ""]
         lines += [f"- `{r['trial_id']}` ({r.get('status')}): {r.get('error') or 'no reason recorded'}" for r in errors]
     lines += ["", "## Figures", "",
               f"- [overlay of all trials]({FIGURES}/overlay.png)",

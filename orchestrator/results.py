@@ -210,22 +210,24 @@ def eval_row(trial_id: str, metrics: dict) -> dict:
 
 def trial_row(trial_id: str, config: dict[str, Any], summary: dict[str, Any] | None, status: str,
               error: str | None = None, *, started_at: Any = None, ended_at: Any = None,
-              wall_s: float | None = None, train_s: float | None = None, retries: int = 0) -> dict:
+              wall_s: float | None = None, train_s: float | None = None, retries: int = 0, **extra: Any) -> dict:
     """One ``trials.parquet`` row.
 
     ``config``: the flat dotted config (``TrialConfig.flat()``), stored as ``config/<key>``. ``summary``:
     ``final/density``, ``final/val_ce``, ``tracking_error``, ``feasible``, ``objective`` and ideally the resolved
-    ``target`` (missing keys -> None; other scalar keys are kept too). ``started_at`` / ``ended_at``: unix
-    seconds, ISO text or datetimes. ``status``: one of ``completed | failed | stopped``.
+    ``target`` (missing keys -> None); other ``final/*`` keys are kept too, anything else in it (e.g. the rest of
+    a Ray result) is not. ``started_at`` / ``ended_at``: unix seconds, ISO text or datetimes. ``status``: one
+    of ``completed | failed | stopped``. ``extra``: more columns, e.g. ``node_id="..."``.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, not {status!r}")
     summary = summary or {}
     row: dict[str, Any] = {"trial_id": str(trial_id), "status": status, "error": error}
     row.update({k: _plain(summary.get(k)) for k in SUMMARY_KEYS})
-    row.update({k: _plain(v) for k, v in summary.items() if k not in row and not isinstance(v, (dict, list))})
+    row.update({k: _plain(v) for k, v in summary.items() if k.startswith("final/") and k not in row})
     row.update(started_at=_timestamp(started_at), ended_at=_timestamp(ended_at), wall_s=wall_s,
                train_s=train_s, retries=int(retries))
+    row.update({k: _plain(v) for k, v in extra.items()})
     row.update({f"{CONFIG_PREFIX}{k}": _plain(v) for k, v in config.items()})
     return row
 

@@ -151,8 +151,11 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_trial_row_checks_status_and_prefixes_config():
-    row = results.trial_row("x", {"controller.k_i": 3.0}, {"final/density": 0.1, "evals": 7}, "stopped")
-    assert row["config/controller.k_i"] == 3.0 and row["evals"] == 7 and row["final/val_ce"] is None
+    ray_result = {"final/density": 0.1, "final/violation": -0.01, "val/ce": 2.0, "hostname": "h", "config": {}}
+    row = results.trial_row("x", {"controller.k_i": 3.0}, ray_result, "stopped", node_id="n1")
+    assert row["config/controller.k_i"] == 3.0 and row["final/val_ce"] is None and row["node_id"] == "n1"
+    assert row["final/density"] == 0.1 and row["final/violation"] == -0.01
+    assert not {"val/ce", "hostname", "config"} & set(row)  # the rest of a Ray result is not a column
     with pytest.raises(ValueError, match="status"):
         results.trial_row("x", {}, {}, "running")
 
@@ -194,7 +197,7 @@ def test_report_rebuilds_figures_and_summary(tmp_path, capsys):
     d = _sweep_dir(tmp_path)
     (d / "figures").mkdir()
     (d / "figures" / "trial-gone.png").write_bytes(PNG_MAGIC)  # a trial no longer in the table
-    (d / "spec.yaml").write_text("name: unit-sweep\n")
+    (d / "sweep.json").write_text('{"name": "unit-sweep", "n_trials": 4}')
     assert main(["report", str(d)]) == 0
     out = capsys.readouterr().out
     pos = [out.find(f" {t} ") for t in ("00001", "00000", "00002", "00003")]  # the ranked table printed
