@@ -22,6 +22,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 PANELS = (  # (metric, panel title, y label, y scale)
     ("density", "Sparsity", "density (kept edges)", "log"),
@@ -159,19 +160,27 @@ def frontier_figure(trials: list[dict], path, *, labels: dict[str, str] | None =
         "stopped": ("s", "none", "tab:blue", "stopped early"),
         "failed": ("v", "none", "tab:red", "failed"),
     }
-    seen: set[str] = set()
+    points: dict[str, list[tuple[float, float, str]]] = {k: [] for k in styles}
+    seen: list[str] = []
     for r in trials:
         kind = trial_kind(r)
+        seen += [kind] if kind not in seen else []
         d, ce, t = _num(r.get("final/density")), _num(r.get("final/val_ce")), _num(r.get("target"))
         y = ce - t if relative else ce
-        marker, face, edge, name = styles[kind]
-        ok = math.isfinite(d) and d > 0 and math.isfinite(y)
-        ax.scatter([d] if ok else [], [y] if ok else [], marker=marker, s=60, facecolors=face, edgecolors=edge,
-                   linewidths=1.5, label=name if kind not in seen else None, zorder=3, gid=f"trial:{kind}")
-        seen.add(kind)
-        if ok:
-            ax.annotate(labels.get(r.get("trial_id"), str(r.get("trial_id"))), (d, y), fontsize=7,
-                        xytext=(4, 3), textcoords="offset points")
+        if math.isfinite(d) and d > 0 and math.isfinite(y):
+            points[kind].append((d, y, labels.get(r.get("trial_id"), str(r.get("trial_id")))))
+    for kind, pts in points.items():
+        if not pts:  # an empty scatter on a log axis breaks the tick locator
+            continue
+        marker, face, edge, _ = styles[kind]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=60, facecolors=face,
+                   edgecolors=edge, linewidths=1.5, zorder=3, gid=f"trial:{kind}")
+        for d, y, name in pts:
+            ax.annotate(name, (d, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if not any(points.values()):
+        ax.set_xlim(1e-3, 1.0)
+        ax.text(0.5, 0.5, "no trial reached a final density", transform=ax.transAxes, ha="center",
+                color="0.4", gid="empty")
     ax.set_xscale("log")
     ax.set_xlabel("final density (kept edges, log)")
     if relative:
@@ -183,8 +192,10 @@ def frontier_figure(trials: list[dict], path, *, labels: dict[str, str] | None =
             ax.axhline(next(iter(targets)), ls="--", color="0.3", lw=1.0, gid="target")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "density vs validation CE", loc="left", fontsize=10)
-    if seen:
-        ax.legend(loc="best", fontsize=8)
+    if seen:  # every kind present is in the legend, drawn or not
+        handles = [Line2D([], [], ls="", marker=styles[k][0], markersize=8, markerfacecolor=styles[k][1],
+                          markeredgecolor=styles[k][2], markeredgewidth=1.5, label=styles[k][3]) for k in seen]
+        ax.legend(handles=handles, loc="best", fontsize=8)
     return _save(fig, path)
 
 

@@ -110,6 +110,14 @@ def test_frontier_marks_feasible(tmp_path):
     assert _points(ax, "failed") == []  # no finite point to draw
     assert list(_lines(ax, "target")[0].get_ydata()) == [2.0, 2.0]
     assert {t.get_text() for t in ax.texts} == {"a", "b", "c"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["feasible", "infeasible", "failed"]
+
+
+def test_frontier_when_every_trial_failed(tmp_path):
+    trials = [_trial("a", "failed", None, None, None), _trial("b", "failed", None, float("nan"), 2.0)]
+    fig = figures.frontier_figure(trials, tmp_path / "f.png")
+    assert _png_ok(tmp_path / "f.png") and fig.axes[0].get_xscale() == "log"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["failed"]
 
 
 def test_frontier_uses_violation_when_targets_differ(tmp_path):

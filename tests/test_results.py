@@ -235,6 +235,17 @@ def test_report_fills_target_from_evals(tmp_path):
     assert [r["target"] for r in ranked[:3]] == [1.75, 1.75, 1.75] and ranked[3]["target"] is None
 
 
+def test_report_when_every_trial_failed(tmp_path):
+    rows = [results.trial_row(t, {"controller.k_i": k}, None, "failed", "boom") for t, k in (("a", 1.0), ("b", 2.0))]
+    results.write_table(rows, tmp_path / results.TRIALS)
+    results.write_table([], tmp_path / results.EVALS)  # no columns at all
+    ranked = report.build(tmp_path, console=False)
+    assert [r["trial_id"] for r in ranked] == ["a", "b"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "feasible: 0 · failed: 2" in summary and "**Best trial:** none" in summary
+    assert all((tmp_path / "figures" / n).stat().st_size > 1000 for n in ("overlay.png", "frontier.png", "trial-a.png"))
+
+
 def test_report_bad_dirs_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
