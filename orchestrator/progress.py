@@ -64,6 +64,13 @@ class SweepProgress(Callback):
         state.update(console=None, _live=None, live_enabled=None)
         return state
 
+    def get_state(self) -> dict:  # kept in Tune's experiment state, so a resumed sweep keeps counting
+        return {"retries": dict(self.retries), "slots": {k: list(v) for k, v in self.slots.items()}}
+
+    def set_state(self, state: dict) -> None:
+        self.retries = dict(state.get("retries", {}))
+        self.slots = {k: list(v) for k, v in state.get("slots", {}).items()}
+
     # --- rendering ------------------------------------------------------------------------------------
     def _sync(self, trials, force: bool = False) -> None:
         if self.console is None:
@@ -108,3 +115,24 @@ def _fmt(v, spec: str) -> str:
         return format(v, spec)
     except (TypeError, ValueError):
         return str(v)
+
+
+def pretrain_with_progress(cfg, *, quiet: bool = False):
+    """The base model of ``cfg`` from the cache, or pretrained now with a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from trainables.pretrain import get_base
+
+    if quiet:
+        return get_base(cfg)
+    with Progress(TextColumn("pretraining base model"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("pretrain", total=cfg.pretrain.steps, loss=float("nan"))
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=loss)
+
+        base = get_base(cfg, progress=progress)
+    Console(stderr=True).print(f"base model: val/ce {base.val_ce:.4f} nats/byte ({base.path})")
+    return base

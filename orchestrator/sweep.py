@@ -62,6 +62,7 @@ def _wandb_mode(spec) -> str:
 
 def run_sweep(spec, *, address: str | None = None, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress table replaces Tune's console output
     mode = _wandb_mode(spec)
     os.environ["WANDB_MODE"] = mode  # before ray.init: the W&B integration reads it (RAY_NOTES)
     storage = storage_of(spec)
@@ -84,7 +85,7 @@ def run_sweep(spec, *, address: str | None = None, resume: bool = False, quiet: 
     try:
         _check_multi_node(ray, storage)
         cfg = spec.trial_config()
-        bases = {_base_key(cfg): _pretrain(cfg, spec, local=not address)}
+        bases = {_base_key(cfg): _pretrain(cfg, spec, local=not address, quiet=quiet)}
         trainable = _trainable(spec, bases)
         callbacks = _callbacks(spec, mode, results_dir, quiet)
         t0 = time.time()
@@ -105,7 +106,7 @@ def run_sweep(spec, *, address: str | None = None, resume: bool = False, quiet: 
 
     from orchestrator import report, results
 
-    results.write_table(evals, results_dir / results.EVALS)
+    results.write_table(evals, results_dir / results.EVALS, columns=results.EVAL_COLUMNS)
     results.write_table(trials, results_dir / results.TRIALS)
     (results_dir / "sweep.json").write_text(json.dumps(
         {"name": spec.name, "n_trials": spec.n_trials(), "elapsed_s": elapsed, "wandb_mode": mode,
@@ -142,7 +143,7 @@ def _base_key(cfg: TrialConfig) -> str:
     return base_key(cfg)
 
 
-def _pretrain(cfg: TrialConfig, spec, *, local: bool):
+def _pretrain(cfg: TrialConfig, spec, *, local: bool, quiet: bool):
     """Pretrain (or read from the cache) the base model once, before any trial starts.
 
     Locally it runs in the driver with a progress bar; on a cluster it runs as a Ray task with a trial's
@@ -150,9 +151,9 @@ def _pretrain(cfg: TrialConfig, spec, *, local: bool):
     from trainables.pretrain import get_base
 
     if local:
-        from orchestrator.train_cmd import pretrain_with_progress
+        from orchestrator.progress import pretrain_with_progress
 
-        return pretrain_with_progress(cfg)
+        return pretrain_with_progress(cfg, quiet=quiet)
     import ray
 
     task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)(get_base)
@@ -171,13 +172,23 @@ def _trainable(spec, bases: dict):
 
 def _callbacks(spec, mode: str, results_dir: Path, quiet: bool) -> list:
     from orchestrator.progress import SweepProgress
-    from orchestrator.wandb_log import WandbCallback
+    from orchestrator.wandb_log import WandbRunCallback
 
     cbs: list = [SweepProgress(spec.name, spec.n_trials(), live=False if quiet else None)]
     if mode != "disabled":
-        cbs.append(WandbCallback(project=spec.wandb.project, entity=spec.wandb.entity,
-                                 group=spec.wandb.group or spec.name, mode=mode, dir=str(results_dir)))
+        cbs.append(WandbRunCallback(spec.wandb.project, spec.wandb.group or spec.name, entity=spec.wandb.entity,
+                                    mode=mode, dir=results_dir, config_fn=_FullConfig(spec)))
     return cbs
+
+
+class _FullConfig:
+    """A trial's sampled ``{dotted key: value}`` -> its whole resolved config, flat (picklable for Tune)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def __call__(self, sampled: dict) -> dict:
+        return self.spec.trial_config({k: v for k, v in sampled.items() if "." in k}).flat()
 
 
 def _tuner(spec, trainable, path: str, fs, callbacks):

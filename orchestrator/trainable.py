@@ -30,9 +30,9 @@ INFINITY = 1e9  # reported instead of inf/NaN so schedulers and get_best_result 
 
 
 def base_key(cfg: trial_config.TrialConfig) -> str:
-    from trainables.pretrain import cache_key
+    from trainables.pretrain import base_key as key
 
-    return cache_key(cfg)
+    return key(cfg)
 
 
 def trial_fn(config: dict[str, Any], *, trial_tree: dict, bases: dict, checkpoint_every: int | None, cpus: float):

@@ -118,11 +118,14 @@ class WandbRunCallback(Callback):
         tags: W&B tags for every run.
         eval_keys: the result keys logged as history (default: the metric vocabulary).
         name_fn: trial -> run name (default: the trial id).
+        config_fn: a trial's sampled config -> the config to log (default: as sampled); the sweep passes one
+            that resolves the whole trial config, so each run carries every setting, not only the varied ones.
     """
 
     def __init__(self, project: str, group: str, *, entity: str | None = None, mode: str | None = None,
                  dir: str | os.PathLike | None = None, tags: list[str] | None = None,
-                 eval_keys: tuple[str, ...] = EVAL_KEYS, name_fn: Callable[[Any], str] | None = None):
+                 eval_keys: tuple[str, ...] = EVAL_KEYS, name_fn: Callable[[Any], str] | None = None,
+                 config_fn: Callable[[dict], dict] | None = None):
         mode = mode or default_mode()
         if mode not in MODES:
             raise ValueError(f"wandb mode must be one of {MODES}, got {mode!r}")
@@ -131,6 +134,7 @@ class WandbRunCallback(Callback):
         self.tags = list(tags or [])
         self.eval_keys = tuple(eval_keys)
         self.name_fn = name_fn
+        self.config_fn = config_fn
         # driver-side bookkeeping (Tune calls the hooks from one thread)
         self.last_step: dict[str, int] = {}  # trial id -> last step logged
         self.retries: dict[str, int] = {}
@@ -222,7 +226,7 @@ class WandbRunCallback(Callback):
             return
         self._open.add(tid)
         name = self.name_fn(trial) if self.name_fn else tid
-        config = flat_config(trial.config, self._secrets)
+        config = flat_config(self.config_fn(trial.config) if self.config_fn else trial.config, self._secrets)
         config["trial_id"] = tid
         self._submit(self._init, tid, name, config, tid in self._resumed or tid in self.last_step)
 

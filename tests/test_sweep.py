@@ -46,7 +46,7 @@ def test_smoke_sweep_writes_parquet_and_matching_wandb_runs(ray_local, tmp_path)
     for trial in trials:
         run = next(r for r in runs.values() if trial["trial_id"] in (r.name, r.run_id) or trial["trial_id"] in r.name)
         assert run.group == spec.name
-        logged = {int(h["step"]): h for h in run.history if "density" in h}
+        logged = {int(h["_step"]): h for h in run.history if "density" in h}
         rows = per_trial[trial["trial_id"]]
         assert sorted(logged) == [r["step"] for r in rows]
         for r in rows:
@@ -55,6 +55,7 @@ def test_smoke_sweep_writes_parquet_and_matching_wandb_runs(ray_local, tmp_path)
         assert run.summary["final/density"] == pytest.approx(trial["final/density"], rel=1e-6)
         assert run.summary["status"] == "completed"
         assert run.exit_code == 0
+        assert run.config["train.steps"] == spec.trial_config().train.steps  # the whole config, not only the space
 
 
 def test_retry_resumes_exactly_and_nan_trial_fails_alone(ray_local, tmp_path):
@@ -92,7 +93,7 @@ def test_retry_resumes_exactly_and_nan_trial_fails_alone(ray_local, tmp_path):
     nan_run = next(r for r in runs if nan["trial_id"] in r.name)
     assert nan_run.exit_code != 0
     flaky_run = next(r for r in runs if flaky["trial_id"] in r.name)
-    steps = [int(h["step"]) for h in flaky_run.history if "density" in h]
+    steps = [int(h["_step"]) for h in flaky_run.history if "density" in h]
     assert steps == sorted(set(steps))  # the retry logged no step twice
 
 
