@@ -74,5 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m orchestrator.cli`: run the imported module, so its UsageError is the one raised
+    from orchestrator.cli import main as _main
+
+    sys.exit(_main())
