@@ -23,13 +23,13 @@ def set_test_env(cache_dir: Path) -> None:
 
 
 def smoke_spec(storage: Path | str, *, name: str = "smoke", space: dict | None = None, trial: dict | None = None,
-               **fields):
+               endpoint: str | None = None, **fields):
     """The smoke spec with its storage moved, its space or trial settings replaced, other fields changed."""
     from orchestrator.spec import SweepSpec, load_spec
 
     data = copy.deepcopy(load_spec(SMOKE).model_dump(mode="json"))
     data["name"] = name
-    data["storage"]["path"] = str(storage)
+    data["storage"].update(path=str(storage), endpoint=endpoint)
     if space is not None:
         data["space"] = space
     if trial:

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tests.sweep_helpers import ROOT, MiB, set_test_env, smoke_spec
+from tests.sweep_helpers import MiB, set_test_env, smoke_spec
 
 BUCKET = "tightrope-test"
 
@@ -41,8 +41,7 @@ def cluster(tmp_path_factory, s3):
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "object_store_memory": 128 * MiB,
-        "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}})
+        "num_cpus": 0, "include_dashboard": False, "object_store_memory": 128 * MiB})
     workers = [c.add_node(num_cpus=1, object_store_memory=128 * MiB) for _ in range(2)]
     c.wait_for_nodes()
     yield c, workers
@@ -51,8 +50,8 @@ def cluster(tmp_path_factory, s3):
 
 
 def _spec(tmp_path, endpoint, name):
-    return smoke_spec(f"s3://{BUCKET}/sweeps", name=name, storage={"path": f"s3://{BUCKET}/sweeps",
-                      "endpoint": endpoint}, wandb={"mode": "disabled"}, resources={"cpu": 1, "gpu": 0})
+    return smoke_spec(f"s3://{BUCKET}/sweeps", name=name, endpoint=endpoint, wandb={"mode": "disabled"},
+                      resources={"cpu": 1, "gpu": 0})
 
 
 def test_local_folder_refused_on_multi_node(cluster, tmp_path):

