@@ -106,7 +106,7 @@ def test_controller_frozen_during_lr_warmup(cache):
     run(cfg_of(cache, **{"train.warmup": 25, "train.steps": 30}), on_eval=lambda m, s: rows.append(m))
     assert [r["lambda"] for r in rows[:3]] == pytest.approx([0.01] * 3, rel=1e-12)  # steps 0, 10, 20: warm-up
     assert rows[3]["lambda"] != pytest.approx(0.01, rel=1e-6)
-    assert rows[0]["density"] > 0.5 and rows[1]["lr"] < rows[2]["lr"]  # still warming up at step 20
+    assert rows[0]["density"] > 0.5
 
 
 def test_nan_val_ce_reported_then_trial_diverged(cache):
