@@ -105,8 +105,9 @@ def test_training_loss_regulariser_and_finite_gradients():
     assert task.gates.a.grad.abs().sum() > 0 and task.gates.b.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("tau,straight", [(0.5, False), (0.7, False), (0.5, True)])
-def test_fused_gate_matches_autograd_reference(tau, straight):
+@pytest.mark.parametrize("tau,straight,renorm", [(0.5, False, True), (0.7, False, True), (0.5, True, True),
+                                                 (0.5, False, False), (0.7, True, False)])
+def test_fused_gate_matches_autograd_reference(tau, straight, renorm):
     torch.manual_seed(0)
     B, H, T = 3, 2, 7
     causal, strict = causal_mask(T, "cpu"), causal_mask(T, "cpu", strict=True)
@@ -114,7 +115,7 @@ def test_fused_gate_matches_autograd_reference(tau, straight):
     a = torch.tensor([0.25, 0.5], requires_grad=True)
     b = torch.tensor([1.0, -0.5], requires_grad=True)
     u, gw = torch.rand(B, H, T, T), torch.randn(B, H, T, T)
-    w, rs = _GatedProbs.apply(s, a, b, u.clone(), tau, straight)
+    w, rs = _GatedProbs.apply(s, a, b, u.clone(), tau, straight, renorm)
     ((w * gw).sum() + 3 * rs).backward()
     fused = (w.detach(), rs.detach(), s.grad.clone(), a.grad.clone(), b.grad.clone())
     s.grad = a.grad = b.grad = None
@@ -125,6 +126,8 @@ def test_fused_gate_matches_autograd_reference(tau, straight):
     g = gs + ((gs > 0.5).float() - gs).detach() if straight else gs
     g = torch.where(torch.eye(T, dtype=torch.bool), torch.ones_like(g), g)
     w2, rs2 = p * g, (torch.sigmoid(z) * strict).sum()
+    if renorm:
+        w2 = w2 / w2.sum(-1, keepdim=True)
     ((w2 * gw).sum() + 3 * rs2).backward()
     for got, want in zip(fused, (w2, rs2, s.grad, a.grad, b.grad), strict=True):
         torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-5)

@@ -14,7 +14,9 @@ Sparse attention (the flagship). Every causal edge (i, j <= i) of every head h i
             = [z_ij + L_ij > 0]                        training, straight-through (backward: the relaxed g)
             = [z_ij > 0]                               evaluation: the deterministic hard gate
     g_ii    = 1                                        the diagonal is always kept: no row is empty
-    w_ij    = p_ij * g_ij                              p = softmax: gates multiply the attention probabilities
+    w_ij    = p_ij * g_ij                              gates multiply the attention probabilities;
+                                                       ``task.options["renormalize"] = True`` divides by
+                                                       sum_k p_ik g_ik (= softmax over the kept edges)
 
     S       = mean over switchable edges (j < i) of sigmoid(z_ij) = P(hard gate on), in [0, 1]
     density = kept switchable edges / switchable edges, over every layer, head and window of the validation set
@@ -128,10 +130,12 @@ class _GatedProbs(torch.autograd.Function):
         da_h  = sum dz * logp,  db_h = sum dz
         dlogp = a * dz + t * g;   ds = dlogp - p * sum_j dlogp
     Outside the causal mask p = logp = 0 (zero-filled by a multiplication), so t = dz = ds = 0 there.
+    Renormalised (w = q / Q, q = p g, Q = sum_j q): dw is first replaced by dq = (dw - sum_j dw w) / Q.
     """
 
     @staticmethod
-    def forward(ctx, scores: Tensor, a: Tensor, b: Tensor, u: Tensor, tau: float, straight: bool):
+    def forward(ctx, scores: Tensor, a: Tensor, b: Tensor, u: Tensor, tau: float, straight: bool,
+                renorm: bool = False):
         _, strict, eye = _masks(scores.size(-1), scores.device)
         p, logp = _probs(scores)  # (B, H, T, T)
         z = torch.addcmul(b.view(1, -1, 1, 1), logp, a.view(1, -1, 1, 1))
@@ -144,14 +148,20 @@ class _GatedProbs(torch.autograd.Function):
         g = (gs > 0.5).float() if straight else gs.clone()
         g.add_(eye)  # the diagonal: always 1
         w = p * g
-        ctx.save_for_backward(p, g, gs, r, logp, a)
-        ctx.tau = tau
+        total = w.sum(-1, keepdim=True) if renorm else None  # >= p_ii > 0
+        if renorm:
+            w.div_(total)
+        ctx.save_for_backward(p, g, gs, r, logp, a, w, total)
+        ctx.tau, ctx.renorm = tau, renorm
         return w, reg_sum
 
     @staticmethod
     def backward(ctx, dw: Tensor, dreg: Tensor):
-        p, g, gs, r, logp, a = ctx.saved_tensors
-        t = dw.float() * p
+        p, g, gs, r, logp, a, w, total = ctx.saved_tensors
+        dw = dw.float()
+        if ctx.renorm:  # w = q / sum_j q with q = p g:  dq = (dw - sum_j dw w) / sum_j q
+            dw = (dw - (dw * w).sum(-1, keepdim=True)).div_(total)
+        t = dw * p
         dz = torch.addcmul(gs, gs, gs, value=-1.0).mul_(t)  # g_s (1 - g_s) t
         if ctx.tau != 1.0:
             dz.mul_(1.0 / ctx.tau)
@@ -160,7 +170,7 @@ class _GatedProbs(torch.autograd.Function):
         db = dz.sum((0, 2, 3))
         dlogp = dz.mul_(a.view(1, -1, 1, 1)).addcmul_(t, g)  # (B, H, T, T)
         ds = dlogp.addcmul_(p, dlogp.sum(-1, keepdim=True), value=-1.0)
-        return ds, da, db, None, None, None
+        return ds, da, db, None, None, None, None
 
 
 class AttentionGates(nn.Module):
@@ -189,6 +199,7 @@ class SparseAttentionTask:
         self.gates = AttentionGates(cfg.model.n_layer, cfg.model.n_head, t.gate_init_scale, t.gate_init_bias)
         self.gates.to(self.device)
         self.tau, self.straight = t.temperature, t.gate_mode == "straight_through"
+        self.renorm = bool(t.options.get("renormalize", False))
 
     def param_groups(self) -> list[dict]:
         return [
@@ -204,7 +215,7 @@ class SparseAttentionTask:
         def hook(scores: Tensor, layer: int) -> Tensor:  # scores (B, H, T, T)
             u = torch.rand(scores.shape, device=scores.device)
             w, reg_sum = _GatedProbs.apply(scores, self.gates.a[layer], self.gates.b[layer], u, self.tau,
-                                           self.straight)
+                                           self.straight, self.renorm)
             reg_sums.append(reg_sum)
             return w.to(scores.dtype)
 
@@ -226,7 +237,10 @@ class SparseAttentionTask:
             keep = hard_gates(z)
             k, n = count_edges(keep)
             kept, total = kept + k, total + n
-            return (p * keep).to(scores.dtype)
+            w = p * keep
+            if self.renorm:
+                w.div_(w.sum(-1, keepdim=True))
+            return w.to(scores.dtype)
 
         x_all, y_all = val
         for i in range(0, len(x_all), EVAL_CHUNK):
