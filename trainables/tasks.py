@@ -9,7 +9,8 @@ Sparse attention (the flagship). Every causal edge (i, j <= i) of every head h i
 
     logp_ij = log_softmax(q_i . k_j / sqrt(d))_j      zero-filled where j > i (else d/da = 0 * inf = NaN; the
                                                        model's mask is a finite -1e9, so 0 * logp is 0 there)
-    z_ij    = a_h * logp_ij + b_h                      per-head scale a (init gate_init_scale), bias b (init bias)
+    z_ij    = a_h * logp_ij + b_h                      per-head scale a >= 0 (init gate_init_scale; projected
+                                                       before every forward), bias b (init gate_init_bias)
     g_ij    = sigmoid((z_ij + L_ij) / tau)             training, relaxed Bernoulli, L ~ Logistic(0, 1)
             = [z_ij + L_ij > 0]                        training, straight-through (backward: the relaxed g)
             = [z_ij > 0]                               evaluation: the deterministic hard gate
@@ -187,6 +188,13 @@ class AttentionGates(nn.Module):
         self.a.fill_(self.init[0])
         self.b.fill_(self.init[1])
 
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Keep a >= 0 (projected gradient): the gate is monotone in p, it never prefers less-attended edges.
+        Unprojected, one head's a went negative in the first 100 steps and its gates saturated open for good
+        (z = a logp + b >> 0 for every edge, sigmoid'(z) = 0): density stuck at 1/8 (one head of 8)."""
+        self.a.clamp_(min=0.0)
+
 
 class SparseAttentionTask:
     """Gates on every causal attention edge of a pretrained GPT (module docstring)."""
@@ -210,6 +218,7 @@ class SparseAttentionTask:
         ]
 
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        self.gates.project_()
         reg_sums: list[Tensor] = []
 
         def hook(scores: Tensor, layer: int) -> Tensor:  # scores (B, H, T, T)
@@ -228,6 +237,7 @@ class SparseAttentionTask:
 
     @torch.no_grad()
     def evaluate(self, val: tuple[Tensor, Tensor]) -> dict[str, float]:
+        self.gates.project_()
         kept = total = 0
         ce_sum, n_tok = 0.0, 0
 
