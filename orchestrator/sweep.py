@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ def run(args) -> int:
     trials = out["trials"]
     failed = sum(t["status"] == "failed" for t in trials)
     print(f"results: {out['results_dir']}" + (f" (uploaded to {out['uploaded']})" if out.get("uploaded") else ""))
+    unfinished = spec.n_trials() - sum(t["status"] in ("completed", "failed") for t in trials)
+    if unfinished and spec.scheduler.kind == "none":  # no scheduler stops trials early: it was interrupted
+        print(f"interrupted with {unfinished} trial(s) unfinished; continue with: "
+              f"tightrope sweep {args.spec} --resume", file=sys.stderr)
+        return 130
     return 0 if failed < len(trials) else 1
 
 
