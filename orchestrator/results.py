@@ -31,11 +31,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from trainables.config import TrialConfig
+from trainables.metrics import VOCAB
 
 EVALS = "evals.parquet"
 TRIALS = "trials.parquet"
 
-METRICS = ("step", "val/ce", "train/ce", "target", "violation", "lambda", "density", "lr", "tokens_per_s")
+METRICS = tuple(VOCAB)  # the per-evaluation vocabulary, defined once in trainables.metrics
 EVAL_COLUMNS = ("trial_id", *METRICS)
 STATUSES = ("completed", "failed", "stopped")
 SUMMARY_KEYS = ("final/density", "final/val_ce", "target", "tracking_error", "feasible", "objective")

@@ -23,8 +23,6 @@ from orchestrator.cli import UsageError
 from orchestrator.storage import Storage
 from trainables.config import TrialConfig
 
-VOCAB = ("step", "val/ce", "train/ce", "target", "violation", "lambda", "density", "lr", "tokens_per_s")
-
 
 def run(args) -> int:
     from orchestrator.spec import SweepSpec, load_spec
@@ -207,7 +205,8 @@ def _tuner(spec, trainable, path: str, fs, callbacks):
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric="objective", mode="min", search_alg=search_alg(spec), scheduler=scheduler(spec),
-            num_samples=spec.samples, max_concurrent_trials=spec.max_concurrent or None),
+            num_samples=spec.samples, max_concurrent_trials=spec.max_concurrent or None,
+            reuse_actors=True),  # keep trial processes (torch imported, corpus loaded) for the next trial
         run_config=tune.RunConfig(
             name=spec.name, storage_path=path, storage_filesystem=fs, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.failure.retries),
@@ -220,7 +219,7 @@ def collect(grid, spec, progress) -> tuple[list[dict], list[dict]]:
 
     A retried trial re-reports the evaluations after its last checkpoint: rows are keyed by step, the last
     report wins, so no evaluation appears twice."""
-    from orchestrator.results import trial_row
+    from orchestrator.results import eval_row, trial_row
 
     evals, trials = [], []
     for result in grid:
@@ -231,8 +230,7 @@ def collect(grid, spec, progress) -> tuple[list[dict], list[dict]]:
         for r in history:
             if "step" in r:
                 by_step[int(r["step"])] = r
-        for step in sorted(by_step):
-            evals.append({"trial_id": trial_id, **{k: by_step[step].get(k) for k in VOCAB}})
+        evals.extend(eval_row(trial_id, by_step[step]) for step in sorted(by_step))
         status, error = _status(result, final)
         overrides = {k: v for k, v in (result.config or {}).items() if "." in k}
         flat = spec.trial_config(overrides).flat()

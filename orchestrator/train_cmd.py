@@ -14,11 +14,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.results import write_table
 from trainables.config import resolve
 from trainables.data import describe, load_corpus, val_windows
 from trainables.loop import TrialDiverged
@@ -31,11 +30,7 @@ COLUMNS = [*VOCAB, "time/train_s"]
 
 
 def write_evals(rows: list[dict], path: Path) -> None:
-    table = pa.table({c: pa.array([r.get(c) for r in rows], type=pa.int64() if c == "step" else pa.float64())
-                      for c in COLUMNS})
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    write_table(rows, path, columns=COLUMNS)
 
 
 def _json_safe(x):
