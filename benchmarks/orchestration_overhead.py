@@ -5,7 +5,7 @@ training loop (``time/train_s``). Printed: the median overhead per trial and the
 Goals (issue 3): median overhead <= 2 s per trial with W&B on; >= 90 % of slot-time training for ~1 min trials.
 
     python benchmarks/orchestration_overhead.py                   # smoke-sized trials
-    python benchmarks/orchestration_overhead.py --train-steps 1200 --eval-every 20   # trials of about a minute
+    python benchmarks/orchestration_overhead.py --train-steps 5000 --eval-every 20   # trials of about a minute
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train-steps", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=5, help="evaluations between checkpoints (quickstart: 5)")
     args = p.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -53,7 +54,7 @@ def main() -> None:
         results = {}
         for label, mode in (("W&B off", "disabled"), ("W&B offline", "offline")):
             spec = smoke_spec(Path(tmp) / label.replace(" ", "-"), name=f"bench-{mode}", trial=trial,
-                              wandb={"mode": mode})
+                              wandb={"mode": mode}, checkpoint={"every": args.checkpoint_every, "keep": 2})
             results[label] = measure(spec)
     ray.shutdown()
     print(f"{'':12} {'trials':>6} {'median train s':>15} {'median overhead s':>18} {'train share':>12}")

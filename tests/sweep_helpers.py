@@ -26,14 +26,15 @@ def smoke_spec(storage: Path | str, *, name: str = "smoke", space: dict | None =
                endpoint: str | None = None, **fields):
     """The smoke spec with its storage moved, its space or trial settings replaced, other fields changed."""
     from orchestrator.spec import SweepSpec, load_spec
+    from trainables.config import set_dotted
 
     data = copy.deepcopy(load_spec(SMOKE).model_dump(mode="json"))
     data["name"] = name
     data["storage"].update(path=str(storage), endpoint=endpoint)
     if space is not None:
         data["space"] = space
-    if trial:
-        data["trial"] = {**data["trial"], **trial}
+    for key, value in (trial or {}).items():  # dotted keys into the (nested) trial block
+        set_dotted(data["trial"], key, value)
     for key, value in fields.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
