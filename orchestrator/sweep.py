@@ -198,13 +198,16 @@ class _FullConfig:
 def _tuner(spec, trainable, path: str, fs, callbacks):
     from ray import tune
 
-    from orchestrator.space import param_space, scheduler, search_alg
+    from orchestrator.space import METRIC, MODE, param_space, scheduler, search_alg
 
+    sched, search = scheduler(spec), search_alg(spec)
+    # Tune refuses metric/mode twice: a scheduler or model-based searcher built with them already carries them
+    owned = sched is not None or getattr(search, "metric", None) is not None
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
-            metric="objective", mode="min", search_alg=search_alg(spec), scheduler=scheduler(spec),
+            **({} if owned else {"metric": METRIC, "mode": MODE}), search_alg=search, scheduler=sched,
             num_samples=spec.samples, max_concurrent_trials=spec.max_concurrent or None,
             reuse_actors=True),  # keep trial processes (torch imported, corpus loaded) for the next trial
         run_config=tune.RunConfig(

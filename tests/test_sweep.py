@@ -108,3 +108,29 @@ def test_fractional_gpu_runs_two_trials_at_once(ray_local, tmp_path):
     assert len(spans) >= 3
     most = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
     assert most == 2
+
+
+@pytest.mark.parametrize("scheduler", [
+    {"kind": "asha", "grace_evals": 2, "reduction_factor": 2},
+    {"kind": "pbt", "interval_evals": 2, "mutations": {"controller.k_i": {"loguniform": [5, 60]}}},
+])
+def test_schedulers_run_to_the_end(ray_local, tmp_path, scheduler):
+    """ASHA stops the worse trials early (status "stopped", ranked after the completed ones); PBT exploits other
+    trials' checkpoints (restoring model, optimizer and controller) and every trial still completes."""
+    from orchestrator.results import rank
+    from orchestrator.sweep import run_sweep
+
+    spec = smoke_spec(tmp_path / "store", name=scheduler["kind"], space={"target.delta": {"choice": [0.05, 0.2]}},
+                      samples=4, scheduler=scheduler, checkpoint={"every": 2, "keep": 3},
+                      trial={"train.steps": 100}, wandb={"mode": "disabled"})
+    out = run_sweep(spec, quiet=True)
+    statuses = [t["status"] for t in out["trials"]]
+    assert len(statuses) == 4
+    if scheduler["kind"] == "asha":
+        assert "stopped" in statuses and "completed" in statuses
+        assert [t["status"] for t in rank(out["trials"])][-statuses.count("stopped"):] == ["stopped"] * statuses.count("stopped")
+    else:
+        assert statuses == ["completed"] * 4
+    for rows in by_trial(out["evals"]).values():
+        steps = [r["step"] for r in rows]
+        assert steps == sorted(set(steps))
