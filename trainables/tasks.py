@@ -76,6 +76,16 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def gated_param_groups(cfg: TrialConfig, model: nn.Module, gates: nn.Module) -> list[dict]:
+    """AdamW groups of a gated task: the model on the warm-up + cosine schedule at ``train.lr``, the gates at
+    ``task.gate_lr`` without weight decay and without schedule."""
+    return [
+        {"params": list(model.parameters()), "lr": cfg.train.lr, "weight_decay": cfg.train.weight_decay,
+         "scheduled": True},
+        {"params": list(gates.parameters()), "lr": cfg.task.gate_lr, "weight_decay": 0.0, "scheduled": False},
+    ]
+
+
 # ---- sparse attention ------------------------------------------------------------------------------------
 def count_edges(keep: Tensor) -> tuple[int, int]:
     """``keep`` (..., T, T) bool -> (kept switchable edges, switchable edges); switchable = j < i."""
@@ -210,12 +220,7 @@ class SparseAttentionTask:
         self.renorm = bool(t.options.get("renormalize", False))
 
     def param_groups(self) -> list[dict]:
-        return [
-            {"params": list(self.model.parameters()), "lr": self.cfg.train.lr,
-             "weight_decay": self.cfg.train.weight_decay, "scheduled": True},
-            {"params": list(self.gates.parameters()), "lr": self.cfg.task.gate_lr, "weight_decay": 0.0,
-             "scheduled": False},
-        ]
+        return gated_param_groups(self.cfg, self.model, self.gates)
 
     def loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         self.gates.project_()
@@ -296,12 +301,7 @@ class WeightSparsityTask:
         self._init_state = copy.deepcopy(self.gates.state_dict())
 
     def param_groups(self) -> list[dict]:
-        return [
-            {"params": list(self.model.parameters()), "lr": self.cfg.train.lr,
-             "weight_decay": self.cfg.train.weight_decay, "scheduled": True},
-            {"params": list(self.gates.parameters()), "lr": self.cfg.task.gate_lr, "weight_decay": 0.0,
-             "scheduled": False},
-        ]
+        return gated_param_groups(self.cfg, self.model, self.gates)
 
     def _forward(self, x: Tensor) -> Tensor:
         params = dict(self.model.named_parameters())
