@@ -20,7 +20,10 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tightrope", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="tightrope",
+        description="Sweeps of loss-constrained sparse training on Ray Tune, logged to Weights & Biases.",
+        epilog="exit codes: 0 ok, 1 the work failed, 2 bad input (nothing started), 130 interrupted")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="run one trial without Ray")
@@ -30,15 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(handler="orchestrator.train_cmd:run")
 
     v = sub.add_parser("validate", help="check a sweep spec without starting Ray")
-    v.add_argument("spec")
+    v.add_argument("spec", help="a sweep spec (YAML)")
     v.set_defaults(handler="orchestrator.spec:validate_cmd")
 
     s = sub.add_parser("sweep", help="run a sweep spec on Ray Tune")
-    s.add_argument("spec")
+    s.add_argument("spec", help="a sweep spec (YAML), e.g. sweeps/quickstart.yaml")
     s.add_argument("--address", default=None, help="join a Ray cluster (default: $RAY_ADDRESS, else local)")
     s.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     s.add_argument("--storage", default=None, help="override the spec's storage location")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no live table: a progress line every 30 s")
     s.set_defaults(handler="orchestrator.sweep:run")
 
     r = sub.add_parser("report", help="rebuild tables, figures and summary from a sweep's Parquet files")
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tightrope validate x.yaml | head -1`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return int(code or 0)
 
 

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 _STYLE = {"RUNNING": "cyan", "TERMINATED": "green", "ERROR": "red", "PENDING": "dim", "PAUSED": "yellow"}
+_WORD = {"RUNNING": "running", "TERMINATED": "done", "ERROR": "error", "PENDING": "pending", "PAUSED": "paused"}
 
 
 class SweepProgress(Callback):
@@ -100,9 +101,9 @@ class SweepProgress(Callback):
         for tid, status in self.status.items():
             r = self.rows.get(tid, {})
             retry = f" (retry {self.retries[tid]})" if self.retries.get(tid) else ""
-            shown = r.get("status") if r.get("status") == "failed" else status
+            shown = "failed" if r.get("status") == "failed" else _WORD.get(status, status.lower())
             style = "red" if shown == "failed" else _STYLE.get(status, "")
-            t.add_row(tid, f"[{style}]{shown}{retry}[/]", _fmt(r.get("step"), "d"), _fmt(r.get("lambda"), ".3g"),
+            t.add_row(tid.rsplit("_", 1)[-1], f"[{style}]{shown}{retry}[/]", _fmt(r.get("step"), "d"), _fmt(r.get("lambda"), ".3g"),
                       _fmt(r.get("density"), ".4f"), _fmt(r.get("val/ce"), ".4f"), _fmt(r.get("target"), ".4f"),
                       _fmt(r.get("violation"), "+.4f"))
         return t

@@ -724,9 +724,21 @@ def _unique(errors: Errors) -> Errors:
 # -------------------------------------------------------------------------------------------- command ----
 
 
+def _task_names(spec) -> list:
+    dim = spec.space.get("task.name")
+    return list(dim.candidates()) if dim is not None else []
+
+
 def validate_cmd(args) -> int:
     """``tightrope validate SPEC``: check without Ray; print the trial count and the space, or raise SpecError."""
     spec = load_spec(args.spec)
+    from trainables.tasks import task_class
+
+    for name in {spec.trial_config().task.name, *map(str, _task_names(spec))}:
+        try:
+            task_class(name)  # an own task that cannot be imported would fail every trial
+        except ConfigError as e:
+            raise SpecError([(f"trial.{p}" if p.startswith("task.") else p, m) for p, m in e.errors]) from None
     extra = f" ({spec.samples} sample{'s' * (spec.samples != 1)} x grid)" if spec.space else ""
     print(f"ok: {spec.n_trials()} trials{extra}, search {spec.search.algorithm}, scheduler {spec.scheduler.kind}")
     print(spec.space_table())

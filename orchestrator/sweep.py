@@ -82,13 +82,20 @@ def run_sweep(spec, *, address: str | None = None, resume: bool = False, quiet: 
     if not resume and exists:
         raise UsageError(f"a sweep '{spec.name}' already exists at {exp_path}: continue it with --resume, "
                          "or change `name` or `storage`")
+    if resume:
+        _check_same_spec(spec, storage)
+    cfg = spec.trial_config()
+    _preflight(cfg, local=not address)
 
     results_dir = local_results_dir(spec, storage)
     results_dir.mkdir(parents=True, exist_ok=True)
     started_ray = _ray_init(address)
     try:
         _check_multi_node(ray, storage)
-        cfg = spec.trial_config()
+        if not address:
+            _check_resources_fit(ray, spec)
+        if not resume:
+            _write_spec(spec, storage)
         bases = {_base_key(cfg): _pretrain(cfg, spec, local=not address, quiet=quiet)}
         trainable = _trainable(spec, bases)
         callbacks = _callbacks(spec, mode, results_dir, quiet)
@@ -121,15 +128,73 @@ def run_sweep(spec, *, address: str | None = None, resume: bool = False, quiet: 
 
 
 def _ray_init(address: str | None) -> bool:
+    """Join ``address``, or start a Ray of our own (``"local"``: never a cluster some ``ray start`` left)."""
     import ray
 
     if ray.is_initialized():
         return False
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot reach the Ray cluster at {address or 'local'}: {e}") from None
     return True
+
+
+SPEC_FILE = "tightrope-spec.json"  # the spec a sweep started with, kept beside Tune's state
+
+
+def _spec_identity(spec) -> dict:
+    data = spec.model_dump(mode="json")
+    data.pop("storage", None)  # the same sweep may be reached through another path or endpoint
+    return data
+
+
+def _write_spec(spec, storage: Storage) -> None:
+    fs, path = storage.fs_path(spec.name)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{SPEC_FILE}") as f:
+        f.write(json.dumps(_spec_identity(spec), indent=2, sort_keys=True).encode())
+
+
+def _check_same_spec(spec, storage: Storage) -> None:
+    """``--resume`` continues the sweep that was started, not an edited one: refuse a changed spec."""
+    from trainables.config import flatten
+
+    fs, path = storage.fs_path(spec.name)
+    try:
+        with fs.open_input_stream(f"{path}/{SPEC_FILE}") as f:
+            before = json.loads(f.read().decode())
+    except (FileNotFoundError, OSError):
+        return  # a sweep started before the spec was recorded
+    now = json.loads(json.dumps(_spec_identity(spec)))
+    a, b = flatten(before), flatten(now)
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if changed:
+        raise UsageError(f"the spec changed since sweep '{spec.name}' started ({', '.join(changed)}): --resume "
+                         "continues the sweep as it was started; restore the spec, or give the sweep a new name")
+
+
+def _preflight(cfg: TrialConfig, *, local: bool) -> None:
+    """What would fail in every trial fails here, before Ray starts: an own task that cannot be imported, and
+    (locally) a corpus that cannot be read."""
+    from trainables.data import load_corpus
+    from trainables.tasks import task_class
+
+    task_class(cfg.task.name)
+    if local:
+        load_corpus(cfg.data)
+
+
+def _check_resources_fit(ray, spec) -> None:
+    have = ray.cluster_resources()
+    for name, need in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
+        total = have.get(name.upper(), 0.0)
+        if need > total:
+            raise UsageError(f"resources.{name}: a trial needs {need:g} {name.upper()} but this machine's Ray has "
+                             f"{total:g}; lower it, or run on a cluster with --address")
 
 
 def _check_multi_node(ray, storage: Storage) -> None:
@@ -234,7 +299,11 @@ def collect(grid, spec, progress) -> tuple[list[dict], list[dict]]:
             if "step" in r:
                 by_step[int(r["step"])] = r
         evals.extend(eval_row(trial_id, by_step[step]) for step in sorted(by_step))
-        status, error = _status(result, final)
+        status, error = _status(result, final, spec)
+        if status != "completed" and "final/density" not in final and by_step:  # summarise what it reached
+            from trainables.metrics import summarize
+
+            final = {**final, **summarize([by_step[k] for k in sorted(by_step)])}
         overrides = {k: v for k, v in (result.config or {}).items() if "." in k}
         flat = spec.trial_config(overrides).flat()
         start, end = progress.slots.get(trial_id, (math.nan, math.nan))
@@ -247,14 +316,16 @@ def collect(grid, spec, progress) -> tuple[list[dict], list[dict]]:
     return evals, trials
 
 
-def _status(result, final: dict) -> tuple[str, str]:
+def _status(result, final: dict, spec) -> tuple[str, str]:
     if result.error is not None:
         return "failed", str(result.error).strip().splitlines()[-1][:500]
     if final.get("status") == "failed":
         return "failed", str(final.get("error", ""))
     if "final/density" in final:
         return "completed", ""
-    return "stopped", "stopped early by the scheduler"
+    if spec.scheduler.kind == "none":
+        return "stopped", "interrupted before the end: continue with --resume"
+    return "stopped", f"stopped early by the {spec.scheduler.kind} scheduler"
 
 
 def _history(result) -> list[dict]:

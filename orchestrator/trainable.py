@@ -70,10 +70,10 @@ def trial_fn(config: dict[str, Any], *, trial_tree: dict, bases: dict, checkpoin
     try:
         summary = run_loop(cfg, base=base, resume=resume, on_eval=on_eval)
         status, error = "completed", ""
-    except TrialDiverged as e:
+    except (TrialDiverged, trial_config.ConfigError) as e:  # would fail again on every retry: no retry
         summary = {"final/density": last.get("density", math.nan), "final/val_ce": math.nan,
                    "tracking_error": math.nan, "feasible": False, "objective": INFINITY}
-        status, error = "failed", str(e)
+        status, error = "failed", " ".join(str(e).split())
     final = {**last, **summary, "status": status, "error": error,
              "time/started_at": started, "time/wall_s": time.time() - started,
              "node_id": _node_id()}

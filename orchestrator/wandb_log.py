@@ -148,14 +148,17 @@ class WandbRunCallback(Callback):
         self._secrets = secret_values()
         self.errors: list[str] = []
 
-    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the Tuner: leave the thread behind
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks into the experiment folder (tuner.pkl, maybe a bucket): leave the thread
+        behind, and never the secret values (they are read again from the environment on load)."""
         state = self.__dict__.copy()
-        state.update(_runs={}, _queue=None, _thread=None)
+        state.update(_runs={}, _queue=None, _thread=None, _secrets=[])
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._queue = queue.Queue()
+        self._secrets = secret_values()
 
     # ---- worker thread -------------------------------------------------------------------------------
     def _submit(self, fn: Callable, *args) -> None:

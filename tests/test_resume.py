@@ -49,6 +49,14 @@ def test_killed_driver_then_resume(tmp_path):
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 2 and "--resume" in again.stderr  # an existing sweep is never overwritten
 
+    edited = spec.model_dump(mode="json")
+    edited["trial"]["train"]["steps"] += 20
+    edited_file = tmp_path / "edited.yaml"
+    edited_file.write_text(yaml.safe_dump(edited, sort_keys=False))
+    refused = subprocess.run(cmd[:4] + [str(edited_file), "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=400)
+    assert refused.returncode == 2 and "trial.train.steps" in refused.stderr  # an edited spec is not resumed
+
     resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -396,3 +396,12 @@ def test_validate_cli_lists_every_error_and_exits_2(tmp_path):
     for path in ("space.controller.k_i.loguniform", "resources.cpu", "scheduler.kind"):
         assert f"  {path}: " in r.stderr
     assert "NO_RAY" in r.stdout
+
+
+def test_validate_refuses_an_own_task_that_cannot_be_imported(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    spec = tmp_path / "badtask.yaml"
+    spec.write_text("name: badtask\ntrial:\n  task.name: nosuch.module:Task\n")
+    assert main(["validate", str(spec)]) == 2
+    assert "trial.task.name" in capsys.readouterr().err

@@ -20,13 +20,20 @@ def ray_local(tmp_path_factory):
     ray.shutdown()
 
 
-def test_smoke_sweep_writes_parquet_and_matching_wandb_runs(ray_local, tmp_path):
+def test_smoke_sweep_writes_parquet_and_matching_wandb_runs(ray_local, tmp_path, monkeypatch):
     from orchestrator.sweep import run_sweep
     from orchestrator.wandb_offline import find_runs, read_run
 
+    secrets = ["wandb-sekrit-0123456789abcdef", "aws-sekrit-0123456789abcdef"]
+    monkeypatch.setenv("WANDB_API_KEY", secrets[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets[1])
     spec = smoke_spec(tmp_path / "store")
     out = run_sweep(spec, quiet=True)
     d = out["results_dir"]
+    for f in (tmp_path / "store").rglob("*"):  # tuner.pkl, Tune state, results, W&B files: no secret anywhere
+        if f.is_file():
+            data = f.read_bytes()
+            assert not any(s.encode() in data for s in secrets), f
     trials = read_rows(d / "trials.parquet")
     evals = read_rows(d / "evals.parquet")
     assert len(trials) == spec.n_trials() >= 4
@@ -134,3 +141,15 @@ def test_schedulers_run_to_the_end(ray_local, tmp_path, scheduler):
     for rows in by_trial(out["evals"]).values():
         steps = [r["step"] for r in rows]
         assert steps == sorted(set(steps))
+
+
+def test_bad_task_and_oversized_resources_refused_before_any_trial(ray_local, tmp_path):
+    from orchestrator.cli import UsageError
+    from orchestrator.sweep import run_sweep
+    from trainables.config import ConfigError
+
+    with pytest.raises(ConfigError, match="task.name"):
+        run_sweep(smoke_spec(tmp_path / "a", trial={"task.name": "nosuch.module:Task"}), quiet=True)
+    with pytest.raises(UsageError, match="resources.gpu"):
+        run_sweep(smoke_spec(tmp_path / "b", resources={"cpu": 1, "gpu": 2}), quiet=True)
+    assert not (tmp_path / "a").exists() and not any((tmp_path / "b").rglob("tuner.pkl"))

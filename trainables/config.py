@@ -25,6 +25,9 @@ class ConfigError(ValueError):
         self.errors = errors
         super().__init__("\n".join(f"  {p or '<root>'}: {m}" for p, m in errors))
 
+    def __reduce__(self):  # picklable, so the message survives the trip out of a Ray worker
+        return (type(self), (self.errors,))
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
