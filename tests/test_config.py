@@ -27,3 +27,10 @@ def test_config_error_survives_pickling():
     err = pickle.loads(pickle.dumps(ConfigError([("task.name", "cannot import nosuch.mod")])))
     assert err.errors == [("task.name", "cannot import nosuch.mod")]
     assert "task.name" in str(err)
+
+
+def test_evaluation_interval_longer_than_the_run_is_refused():
+    with pytest.raises(ConfigError) as e:
+        resolve(["train.steps=100", "eval.every=500"])
+    assert [p for p, _ in e.value.errors] == ["eval.every"]
+    assert resolve(["train.steps=100", "eval.every=100"]).eval.every == 100

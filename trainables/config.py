@@ -182,6 +182,9 @@ def _cross_checks(cfg: TrialConfig) -> list[tuple[str, str]]:
         errors.append(("controller.lambda_init", "need lambda_min <= lambda_init <= lambda_max"))
     if (cfg.target.value is None) == (cfg.target.delta is None):
         errors.append(("target", "give exactly one of target.value (absolute) or target.delta (relative)"))
+    if cfg.eval.every > cfg.train.steps:
+        errors.append(("eval.every", f"{cfg.eval.every} steps between evaluations is longer than the run "
+                                     f"(train.steps = {cfg.train.steps}): the controller would never act"))
     if cfg.reset.at is not None and cfg.reset.at >= cfg.train.steps:
         errors.append(("reset.at", f"step {cfg.reset.at} is beyond the run (train.steps = {cfg.train.steps})"))
     return errors
