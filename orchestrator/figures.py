@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from orchestrator.results import as_float  # None / non-numbers -> NaN (a gap in a curve)
 
 PANELS = (  # (metric, panel title, y label, y scale)
     ("density", "Sparsity", "density (kept edges)", "log"),
@@ -31,18 +32,9 @@ PANELS = (  # (metric, panel title, y label, y scale)
 )
 
 
-def _num(v: Any) -> float:
-    """A plottable float: None / non-numbers become NaN (a gap in the curve)."""
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return x
-
-
 def _series(rows: list[dict], key: str, *, positive: bool = False) -> tuple[list[float], list[float]]:
     """(steps, values) sorted by step; on a log axis non-positive values become gaps."""
-    pts = sorted(((_num(r.get("step")), _num(r.get(key))) for r in rows), key=lambda p: p[0])
+    pts = sorted(((as_float(r.get("step")), as_float(r.get(key))) for r in rows), key=lambda p: p[0])
     xs = [s for s, _ in pts if math.isfinite(s)]
     ys = [v if not (positive and v <= 0) else math.nan for s, v in pts if math.isfinite(s)]
     return xs, ys
@@ -51,7 +43,7 @@ def _series(rows: list[dict], key: str, *, positive: bool = False) -> tuple[list
 def _target_of(rows: list[dict]) -> float | None:
     """The trial's target from its rows (constant per trial; the last finite value wins)."""
     for r in reversed(rows):
-        t = _num(r.get("target"))
+        t = as_float(r.get("target"))
         if math.isfinite(t):
             return t
     return None
@@ -152,7 +144,7 @@ def frontier_figure(trials: list[dict], path, *, labels: dict[str, str] | None =
     fig = Figure(figsize=(7.5, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.subplots(gridspec_kw=dict(left=0.12, right=0.97, bottom=0.1, top=0.93))
-    targets = {round(t, 9) for t in (_num(r.get("target")) for r in trials) if math.isfinite(t)}
+    targets = {round(t, 9) for t in (as_float(r.get("target")) for r in trials) if math.isfinite(t)}
     relative = len(targets) > 1
     styles = {  # kind -> (marker, face colour, edge colour, legend label)
         "feasible": ("o", "tab:green", "tab:green", "feasible"),
@@ -165,7 +157,7 @@ def frontier_figure(trials: list[dict], path, *, labels: dict[str, str] | None =
     for r in trials:
         kind = trial_kind(r)
         seen += [kind] if kind not in seen else []
-        d, ce, t = _num(r.get("final/density")), _num(r.get("final/val_ce")), _num(r.get("target"))
+        d, ce, t = as_float(r.get("final/density")), as_float(r.get("final/val_ce")), as_float(r.get("target"))
         y = ce - t if relative else ce
         if math.isfinite(d) and d > 0 and math.isfinite(y):
             points[kind].append((d, y, labels.get(r.get("trial_id"), str(r.get("trial_id")))))

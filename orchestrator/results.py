@@ -236,7 +236,8 @@ def trial_row(trial_id: str, config: dict[str, Any], summary: dict[str, Any] | N
 # --- ranking -------------------------------------------------------------------------------------------------
 
 
-def _float(v: Any) -> float:
+def as_float(v: Any) -> float:
+    """A float, or NaN for None and non-numbers."""
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -245,7 +246,7 @@ def _float(v: Any) -> float:
 
 
 def _finite_or_inf(v: Any) -> float:
-    x = _float(v)
+    x = as_float(v)
     return x if math.isfinite(x) else math.inf
 
 
@@ -257,8 +258,8 @@ def is_feasible(row: dict) -> bool:
 
 def violation(row: dict) -> float:
     """Final violation ``final/val_ce - target`` in nats (NaN when unknown)."""
-    v = _float(row.get("final/val_ce")) - _float(row.get("target"))
-    return v if math.isfinite(v) else _float(row.get("final/violation"))
+    v = as_float(row.get("final/val_ce")) - as_float(row.get("target"))
+    return v if math.isfinite(v) else as_float(row.get("final/violation"))
 
 
 def _rank_key(row: dict) -> tuple:

@@ -26,7 +26,6 @@ from trainables.loop import TrialDiverged
 from trainables.loop import run as run_loop
 
 STATE_FILE = "state.pt"
-INFINITY = 1e9  # reported instead of inf/NaN so schedulers and get_best_result stay well-defined
 
 
 def base_key(cfg: trial_config.TrialConfig) -> str:
@@ -58,7 +57,7 @@ def trial_fn(config: dict[str, Any], *, trial_tree: dict, bases: dict, checkpoin
         nonlocal n_evals, last
         n_evals += 1
         row = dict(metrics)
-        row["objective"] = _finite(trial_metrics.objective(metrics["density"], metrics["violation"]))
+        row["objective"] = trial_metrics.objective(metrics["density"], metrics["violation"])  # always finite
         last = row
         if checkpoint_every and n_evals % checkpoint_every == 0:
             with tempfile.TemporaryDirectory() as d:
@@ -72,12 +71,11 @@ def trial_fn(config: dict[str, Any], *, trial_tree: dict, bases: dict, checkpoin
         status, error = "completed", ""
     except (TrialDiverged, trial_config.ConfigError) as e:  # would fail again on every retry: no retry
         summary = {"final/density": last.get("density", math.nan), "final/val_ce": math.nan,
-                   "tracking_error": math.nan, "feasible": False, "objective": INFINITY}
+                   "tracking_error": math.nan, "feasible": False, "objective": trial_metrics.BAD_OBJECTIVE}
         status, error = "failed", " ".join(str(e).split())
     final = {**last, **summary, "status": status, "error": error,
              "time/started_at": started, "time/wall_s": time.time() - started,
              "node_id": _node_id()}
-    final["objective"] = _finite(summary.get("objective", INFINITY))
     tune.report(final)
 
 
@@ -86,8 +84,3 @@ def _node_id() -> str:
 
     return ray.get_runtime_context().get_node_id()
 
-
-def _finite(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return INFINITY if v > 0 or math.isnan(v) else -INFINITY
-    return v
